@@ -1,0 +1,47 @@
+"""xeofm: Earth-observation foundation models as lazy xarray operations.
+
+``import xeofm`` registers the ``.eofm`` accessor on DataArray and Dataset.
+Torch, timm and other heavy libraries are imported only when first needed.
+"""
+
+from __future__ import annotations
+
+from . import accessor as _accessor  # noqa: F401  (registers .eofm)
+from . import data, models
+from ._version import __version__
+from .bands import Band
+from .engine import embed
+from .errors import (
+    DeviceError,
+    InputError,
+    MissingBandsError,
+    MissingDimensionError,
+    SpecError,
+    WeightsError,
+    XeofmError,
+)
+from .models import list_models, load_model, register, wrap
+from .plan import Plan, plan
+from .spec import ModelSpec
+
+__all__ = [
+    "__version__",
+    "Band",
+    "ModelSpec",
+    "Plan",
+    "data",
+    "embed",
+    "list_models",
+    "load_model",
+    "models",
+    "plan",
+    "register",
+    "wrap",
+    "XeofmError",
+    "InputError",
+    "MissingBandsError",
+    "MissingDimensionError",
+    "SpecError",
+    "DeviceError",
+    "WeightsError",
+]

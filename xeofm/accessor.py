@@ -1,0 +1,34 @@
+"""The ``.eofm`` accessor on DataArray and Dataset: a thin layer over the functional API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+
+
+class _EofmBase:
+    def __init__(self, obj: xr.DataArray | xr.Dataset) -> None:
+        self._obj = obj
+
+    def embed(self, model: Any, **kwargs: Any) -> xr.DataArray:
+        """Lazy embeddings of this cube; see :func:`xeofm.embed`."""
+        from .engine import embed
+
+        return embed(self._obj, model, **kwargs)
+
+    def plan(self, model: Any, **kwargs: Any):
+        """What :meth:`embed` would do, without running anything; see :func:`xeofm.plan`."""
+        from .plan import plan
+
+        return plan(self._obj, model, **kwargs)
+
+
+@xr.register_dataarray_accessor("eofm")
+class EofmDataArrayAccessor(_EofmBase):
+    """``DataArray.eofm``: foundation-model operations on a ``(..., band, y, x)`` cube."""
+
+
+@xr.register_dataset_accessor("eofm")
+class EofmDatasetAccessor(_EofmBase):
+    """``Dataset.eofm``: foundation-model operations on a Dataset of band variables."""
