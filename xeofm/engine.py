@@ -160,34 +160,35 @@ def embed_block(block: Any, ctx: BlockContext, block_info: dict | None = None) -
 
     dev = ctx.device
     M = int(np.prod(lead)) if lead else 1
-    x = runtime.to_torch(block, dev).reshape(M, nb, he, we).to(torch.float32)
+    raw = runtime.to_torch(block, dev).reshape(M, nb, he, we)
 
-    # validity and normalisation on the device
-    valid = torch.isfinite(x).all(dim=1)
-    if ctx.nodata is not None:
-        for b, nd in enumerate(ctx.nodata):
-            if nd is not None and not math.isnan(nd):
-                valid &= x[:, b] != nd
-    if spec.offset:
-        x = x + spec.offset
-    if spec.scale != 1.0:
-        x = x * spec.scale
-    if spec.mean is not None:
-        mean = torch.as_tensor(spec.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-        std = torch.as_tensor(spec.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-        x = (x - mean) / std
-    x = torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype, device=dev))
-
-    # paste into a canvas spanning all chips (virtual padding stays invalid/zero)
+    # a canvas spanning all chips; virtual padding beyond the cube stays invalid.
+    # Normalisation happens in place on the canvas: raw + canvas is the whole working set.
     Hc, Wc = gy1 - gy0, gx1 - gx0
     canvas = torch.zeros((M, nb, Hc, Wc), dtype=torch.float32, device=dev)
     cvalid = torch.zeros((M, Hc, Wc), dtype=torch.bool, device=dev)
     sy0, sy1 = max(gy0, ey0), min(gy1, ey0 + he)
     sx0, sx1 = max(gx0, ex0), min(gx1, ex0 + we)
     if sy1 > sy0 and sx1 > sx0:
-        canvas[:, :, sy0 - gy0 : sy1 - gy0, sx0 - gx0 : sx1 - gx0] = x[:, :, sy0 - ey0 : sy1 - ey0, sx0 - ex0 : sx1 - ex0]
-        cvalid[:, sy0 - gy0 : sy1 - gy0, sx0 - gx0 : sx1 - gx0] = valid[:, sy0 - ey0 : sy1 - ey0, sx0 - ex0 : sx1 - ex0]
-    del x, valid
+        dst = (slice(None), slice(None), slice(sy0 - gy0, sy1 - gy0), slice(sx0 - gx0, sx1 - gx0))
+        canvas[dst] = raw[:, :, sy0 - ey0 : sy1 - ey0, sx0 - ex0 : sx1 - ex0]
+        region = canvas[dst]
+        ok = torch.isfinite(region).all(dim=1)
+        if ctx.nodata is not None:
+            for b, nd in enumerate(ctx.nodata):
+                if not math.isnan(nd):
+                    ok &= region[:, b] != nd
+        cvalid[:, dst[2], dst[3]] = ok
+        del region, ok
+    del raw
+    if spec.offset:
+        canvas.add_(spec.offset)
+    if spec.scale != 1.0:
+        canvas.mul_(spec.scale)
+    if spec.mean is not None:
+        canvas.sub_(torch.as_tensor(spec.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1))
+        canvas.div_(torch.as_tensor(spec.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1))
+    canvas.masked_fill_(~cvalid[:, None], 0.0)
 
     # validity per output cell and per chip (summed-area table on the host: small)
     if mode == "chip":

@@ -23,7 +23,7 @@ __all__ = ["Plan", "plan", "model_costs", "choose_batch_size", "choose_block_siz
 #: on CPUs (they lower it once activations fall out of cache), so keep it small.
 CPU_BATCH = 4
 #: Upper bound of the working set of one block on CPU (bytes).
-CPU_BLOCK_BUDGET = 768 * 2**20
+CPU_BLOCK_BUDGET = 1536 * 2**20
 #: Fraction of free GPU memory given to one block's data / to activations.
 GPU_BLOCK_FRACTION = 0.25
 GPU_ACT_FRACTION = 0.4
@@ -110,7 +110,7 @@ def choose_batch_size(spec: ModelSpec, device: str) -> int:
 
 def _block_bytes(side: int, spec: ModelSpec, output: str, n_bands: int, m: int, depth: int) -> int:
     ext = side + 2 * depth
-    inp = m * n_bands * ext * ext * (4 + 4 + 2)  # raw, float copy, canvas
+    inp = m * ext * ext * (n_bands * (4 + 4) + 2)  # raw (<= 4 B), float canvas, validity masks
     cell = spec.chip_size if output == "chip" else spec.stride
     acc = m * spec.embedding_dim * (ext // cell + 1) ** 2 * 4 * 2
     out = m * spec.embedding_dim * side * side * 4 * 3 if output == "pixel" else 0
