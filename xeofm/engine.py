@@ -628,7 +628,7 @@ def embed(
     -------
     xarray.DataArray
         Dask-backed ``(..., embedding, y, x)`` float32 cube named
-        ``"embedding"``, NaN where the input was invalid, with the input's CRS
+        ``"embeddings"`` (dim ``embedding``), NaN where the input was invalid, with the input's CRS
         (``spatial_ref``), cell-centre coordinates of the output grid, and
         provenance attributes (``xeofm:*``). Nothing is computed until asked.
     """
@@ -695,7 +695,7 @@ def _wrap_output(out: Any, p: Prepared) -> xr.DataArray:
     }
     if p.spec.weights:
         attrs["xeofm:weights"] = str(p.spec.weights)
-    res = xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="embedding")
+    res = xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="embeddings")
     gm = None
     for cname in ("spatial_ref", tmpl.encoding.get("grid_mapping"), tmpl.attrs.get("grid_mapping")):
         if cname and cname in tmpl.coords:
