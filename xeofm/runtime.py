@@ -143,8 +143,13 @@ def build_module(spec: "ModelSpec") -> Any:
                 "builder='package.module:function' so workers can build it themselves."
             )
         return module
+    import torch
+
     fn = _import_builder(spec.builder)  # type: ignore[arg-type]
-    module = fn(**dict(spec.builder_kwargs))
+    # random initialisation is seeded, so weight-less builds agree across processes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = fn(**dict(spec.builder_kwargs))
     if spec.weights:
         load_weights(module, spec.weights)
     return module

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..bands import RGB, SENTINEL2, Band
+from ..bands import SENTINEL2, Band
 from ..errors import SpecError, WeightsError
 from ..spec import ModelSpec
 
@@ -227,3 +227,5 @@ if _DEMO_WEIGHTS.is_file():
     from .demo import DEMO_SPEC_KWARGS
 
     register(ModelSpec(weights=str(_DEMO_WEIGHTS), **DEMO_SPEC_KWARGS))
+
+from . import zoo  # noqa: E402,F401  (registers the model zoo)

@@ -1,0 +1,1 @@
+"""The model zoo: registrations of published EO foundation models."""
