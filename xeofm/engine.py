@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Hashable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -48,6 +49,11 @@ class BlockContext:
     depth_x: int
     nodata: tuple[float, ...] | None
     skip_empty: bool = True
+    time_axis: int | None = None  # position of the time dim among the leading dims
+    times: tuple[tuple[int, int], ...] | None = None  # (year, day of year) per global time step
+    transform: tuple[float, float, float, float] = (0.0, 1.0, 0.0, -1.0)  # x0, dx, y0, dy
+    crs_wkt: str | None = None
+    gsd: float | None = None
 
     @property
     def cell(self) -> int:
@@ -80,13 +86,13 @@ def _autocast(device: str, amp: str | None):
     return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
 
 
-def _forward(model, batch, ctx: BlockContext):
+def _forward(model, batch, ctx: BlockContext, aux: dict | None = None):
     """Run one batch and return float32 ``(B, D, t, t)`` or ``(B, D)``."""
     import torch
 
     spec = ctx.spec
     with torch.inference_mode(), _autocast(ctx.device, ctx.amp):
-        out = model(batch)
+        out = model(batch, **(aux or {}))
     if isinstance(out, (tuple, list)):
         out = out[0]
     if isinstance(out, dict):
@@ -95,8 +101,42 @@ def _forward(model, batch, ctx: BlockContext):
     out = out.float()
     if spec.output == "tokens":
         t = spec.tokens_per_side
-        out = out[:, spec.prefix_tokens :, :].reshape(out.shape[0], t, t, -1).permute(0, 3, 1, 2)
+        tok = out[:, spec.prefix_tokens :, :].reshape(out.shape[0], spec.time_frames, t, t, -1)
+        out = tok.mean(dim=1).permute(0, 3, 1, 2)
     return out
+
+
+@lru_cache(maxsize=16)
+def _to_lonlat(crs_wkt: str):
+    from pyproj import Transformer
+
+    return Transformer.from_crs(crs_wkt, "EPSG:4326", always_xy=True)
+
+
+def _aux_inputs(ctx: BlockContext, sel, frames_of, time_index, dev) -> dict:
+    """Keyword inputs for a batch, as the spec's ``aux`` asks."""
+    import torch
+
+    spec = ctx.spec
+    aux: dict[str, Any] = {}
+    for name in spec.aux:
+        if name == "wavelengths":
+            aux[name] = torch.tensor([b.wavelength for b in spec.bands], dtype=torch.float32, device=dev)
+        elif name == "gsd":
+            aux[name] = float(ctx.gsd) if ctx.gsd is not None else None
+        elif name == "time":
+            yd = [[ctx.times[time_index[f]] for f in frames_of(m)] for m, _, _ in sel]
+            aux[name] = torch.tensor(yd, dtype=torch.float32, device=dev)
+        elif name == "latlon":
+            x0, dx, y0, dy = ctx.transform
+            half = ctx.ygrid.chip / 2
+            xs = np.array([x0 + (ox + half) * dx for _, _, ox in sel])
+            ys = np.array([y0 + (oy + half) * dy for _, oy, _ in sel])
+            if ctx.crs_wkt is None:
+                raise SpecError(f"model {spec.name!r} takes chip latitude/longitude, but the cube has no CRS")
+            lon, lat = _to_lonlat(ctx.crs_wkt).transform(xs, ys)
+            aux[name] = torch.tensor(np.stack([lat, lon], axis=1), dtype=torch.float32, device=dev)
+    return aux
 
 
 def _interp_axis(arr, axis: int, pos: np.ndarray, n_cells: int, c0: int, unit: int):
@@ -144,7 +184,29 @@ def embed_block(block: Any, ctx: BlockContext, block_info: dict | None = None) -
     lead = block.shape[:-3]
     nb, he, we = block.shape[-3:]
     D = spec.embedding_dim
-    out_shape = (*lead, D, oy1 - oy0, ox1 - ox0)
+    T = spec.time_frames
+    M = int(np.prod(lead)) if lead else 1
+    if T > 1:  # time is the last leading dim and one chunk; windows of T steps
+        nT = lead[-1]
+        nW = nT - T + 1
+        out_lead = (*lead[:-1], nW)
+
+        def frames_of(mo: int) -> list[int]:
+            o, w = divmod(mo, nW)
+            return [o * nT + w + k for k in range(T)]
+    else:
+        out_lead = lead
+
+        def frames_of(mo: int) -> list[int]:
+            return [mo]
+    M_out = int(np.prod(out_lead)) if out_lead else 1
+    out_shape = (*out_lead, D, oy1 - oy0, ox1 - ox0)
+    time_index: list[int] = []
+    if ctx.time_axis is not None and ctx.times is not None:
+        offs = [loc[i][0] for i in range(len(lead))]
+        for m in range(M):
+            idx = np.unravel_index(m, lead)
+            time_index.append(int(idx[ctx.time_axis]) + offs[ctx.time_axis])
 
     yg, xg = ctx.ygrid, ctx.xgrid
     u = yg.unit
@@ -156,10 +218,9 @@ def embed_block(block: Any, ctx: BlockContext, block_info: dict | None = None) -
     gy0, gy1 = ys[0], ys[-1] + C
     gx0, gx1 = xs[0], xs[-1] + C
     if ey0 > gy0 or ex0 > gx0:  # guaranteed by the halo depth; guard against misuse
-        raise RuntimeError(f"internal error: block halo does not cover its chips {(ey0, gy0, ex0, gx0, oy0, oy1, ox0, ox1, block.shape)}")
+        raise RuntimeError("internal error: block halo does not cover its chips")
 
     dev = ctx.device
-    M = int(np.prod(lead)) if lead else 1
     raw = runtime.to_torch(block, dev).reshape(M, nb, he, we)
 
     # a canvas spanning all chips; virtual padding beyond the cube stays invalid.
@@ -189,19 +250,23 @@ def embed_block(block: Any, ctx: BlockContext, block_info: dict | None = None) -
         canvas.sub_(torch.as_tensor(spec.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1))
         canvas.div_(torch.as_tensor(spec.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1))
     canvas.masked_fill_(~cvalid[:, None], 0.0)
+    if T > 1:  # an output is valid where any frame of its window is
+        ovalid = torch.stack([cvalid[frames_of(mo)].any(dim=0) for mo in range(M_out)])
+    else:
+        ovalid = cvalid
 
     # validity per output cell and per chip (summed-area table on the host: small)
     if mode == "chip":
-        cell_valid = cvalid.reshape(M, Hc // C, C, Wc // C, C).any(dim=4).any(dim=2).cpu().numpy()
+        cell_valid = ovalid.reshape(M_out, Hc // C, C, Wc // C, C).any(dim=4).any(dim=2).cpu().numpy()
         t = 1
     else:
-        cell_valid = cvalid.reshape(M, Hc // u, u, Wc // u, u).any(dim=4).any(dim=2).cpu().numpy()
+        cell_valid = ovalid.reshape(M_out, Hc // u, u, Wc // u, u).any(dim=4).any(dim=2).cpu().numpy()
         t = C // u
     sat = _block_sat(cell_valid)
     unit_c = C if mode == "chip" else u
 
-    chips: list[tuple[int, int, int]] = []  # (m, oy, ox) global origins, raster order per m
-    for m in range(M):
+    chips: list[tuple[int, int, int]] = []  # (output lead index, oy, ox), raster order per index
+    for m in range(M_out):
         for oy in ys:
             iy = (oy - gy0) // unit_c
             for ox in xs:
@@ -210,16 +275,25 @@ def embed_block(block: Any, ctx: BlockContext, block_info: dict | None = None) -
                 if n_valid > 0 or not ctx.skip_empty:
                     chips.append((m, oy, ox))
 
+    def make_batch(sel):
+        if T == 1:
+            return torch.stack([canvas[m, :, oy - gy0 : oy - gy0 + C, ox - gx0 : ox - gx0 + C] for m, oy, ox in sel])
+        return torch.stack(
+            [canvas[frames_of(m), :, oy - gy0 : oy - gy0 + C, ox - gx0 : ox - gx0 + C].transpose(0, 1) for m, oy, ox in sel]
+        )
+
+    def aux_for(sel):
+        return _aux_inputs(ctx, sel, frames_of, time_index, dev) if spec.aux else None
+
     model = runtime.get_model(spec, dev) if chips else None
     bs = max(1, ctx.batch_size)
     nan = float("nan")
 
     if mode == "chip":
-        res = torch.full((M, D, Hc // C, Wc // C), nan, dtype=torch.float32, device=dev)
+        res = torch.full((M_out, D, Hc // C, Wc // C), nan, dtype=torch.float32, device=dev)
         for i in range(0, len(chips), bs):
             sel = chips[i : i + bs]
-            batch = torch.stack([canvas[m, :, oy - gy0 : oy - gy0 + C, ox - gx0 : ox - gx0 + C] for m, oy, ox in sel])
-            out = _forward(model, batch, ctx)
+            out = _forward(model, make_batch(sel), ctx, aux_for(sel))
             if out.ndim == 4:
                 out = out.mean(dim=(2, 3))
             for j, (m, oy, ox) in enumerate(sel):
@@ -234,14 +308,13 @@ def embed_block(block: Any, ctx: BlockContext, block_info: dict | None = None) -
             "use output='chip', or a spec whose module returns a feature map"
         )
     Hk, Wk = Hc // u, Wc // u
-    acc = torch.zeros((M, D, Hk, Wk), dtype=torch.float32, device=dev)
-    wsum = torch.zeros((M, Hk, Wk), dtype=torch.float32, device=dev)
+    acc = torch.zeros((M_out, D, Hk, Wk), dtype=torch.float32, device=dev)
+    wsum = torch.zeros((M_out, Hk, Wk), dtype=torch.float32, device=dev)
     wy = {oy: blend_weights(yg, oy) for oy in ys}
     wx = {ox: blend_weights(xg, ox) for ox in xs}
     for i in range(0, len(chips), bs):
         sel = chips[i : i + bs]
-        batch = torch.stack([canvas[m, :, oy - gy0 : oy - gy0 + C, ox - gx0 : ox - gx0 + C] for m, oy, ox in sel])
-        out = _forward(model, batch, ctx)
+        out = _forward(model, make_batch(sel), ctx, aux_for(sel))
         w = torch.as_tensor(np.stack([np.outer(wy[oy], wx[ox]) for _, oy, ox in sel]), device=dev)
         out = out * w[:, None]
         for j, (m, oy, ox) in enumerate(sel):
@@ -266,7 +339,7 @@ def embed_block(block: Any, ctx: BlockContext, block_info: dict | None = None) -
     k0y, k0x = gy0 // u, gx0 // u
     num = _interp_axis(_interp_axis(tok * hasf, 2, py, yg.n_pad // u, k0y, u), 3, px, xg.n_pad // u, k0x, u)
     den = _interp_axis(_interp_axis(hasf, 2, py, yg.n_pad // u, k0y, u), 3, px, xg.n_pad // u, k0x, u)
-    pv = cvalid[:, oy0 - gy0 : oy1 - gy0, ox0 - gx0 : ox1 - gx0]
+    pv = ovalid[:, oy0 - gy0 : oy1 - gy0, ox0 - gx0 : ox1 - gx0]
     ok = (den > 0) & pv[:, None]
     val = torch.where(ok, num / torch.where(den > 0, den, 1), torch.full((), nan, device=dev))
     return runtime.from_torch(val.reshape(out_shape), block)
@@ -431,6 +504,7 @@ def prepare(
     weights: str | None = None,
     pretrained: bool = True,
     skip_empty: bool = True,
+    time_dim: str | None = None,
 ) -> Prepared:
     """Validate the cube and model, and lay out chips and blocks (nothing is computed)."""
     import dask.array as dsa
@@ -487,8 +561,36 @@ def prepare(
     y0, dy = _axis_affine(arr[yd].values, yd, fb_y)
 
     extra = tuple(d for d in arr.dims if d not in (bdim, yd, xd))
+    tdim = time_dim if time_dim is not None else ("time" if "time" in extra else None)
+    if time_dim is not None and time_dim not in extra:
+        raise MissingDimensionError(f"time dim {time_dim!r} is not among the cube's dims {list(arr.dims)}")
+    T = spec.time_frames
+    if T > 1:
+        if tdim is None:
+            raise MissingDimensionError(
+                f"model {spec.name!r} takes {T} time steps at once, but the cube has no time dim "
+                f"(dims {list(arr.dims)}); stack dates along 'time' or pass time_dim=..."
+            )
+        if arr.sizes[tdim] < T:
+            raise InputError(
+                f"model {spec.name!r} takes windows of {T} time steps, but the cube has "
+                f"{arr.sizes[tdim]} along {tdim!r}; select at least {T} dates"
+            )
+        extra = tuple(d for d in extra if d != tdim) + (tdim,)  # time last: windows slide along it
     arr = arr.transpose(*extra, bdim, yd, xd)
     ny, nx = arr.sizes[yd], arr.sizes[xd]
+    times = None
+    time_axis = None
+    if tdim is not None and ("time" in spec.aux or T > 1):
+        import pandas as pd
+
+        tv = pd.DatetimeIndex(arr[tdim].values) if tdim in arr.coords else None
+        if tv is None:
+            raise InputError(f"model {spec.name!r} needs the dates of {tdim!r}; give it datetime coordinates")
+        times = tuple((int(t.year), int(t.dayofyear)) for t in tv)
+        time_axis = extra.index(tdim)
+    elif "time" in spec.aux:
+        raise MissingDimensionError(f"model {spec.name!r} takes acquisition dates; the cube needs a time dim")
 
     # chip layout
     C, s = spec.chip_size, spec.stride
@@ -517,8 +619,10 @@ def prepare(
     data = arr.data
     if not isinstance(data, dsa.Array):
         data = dsa.from_array(data, chunks=tuple([1] * len(extra) + [-1, -1, -1]))
-    elif len(extra):
-        m_extra = max(max(c) for c in data.chunks[: len(extra)])
+    if T > 1:
+        data = data.rechunk({len(extra) - 1: -1})
+    if len(extra):
+        m_extra = int(np.prod([max(c) for c in data.chunks[: len(extra)]]))
     if batch_size is None:
         batch_size = choose_batch_size(spec, dev)
     if block_size is None:
@@ -543,11 +647,27 @@ def prepare(
         ox = tuple(-(-c // align) for c in xch[:-1]) + (xgrid.n_cells if output != "chip" else -(-nx // C),)
         oy = oy[:-1] + (oy[-1] - sum(oy[:-1]),)
         ox = ox[:-1] + (ox[-1] - sum(ox[:-1]),)
-    out_chunks = (*data.chunks[: len(extra)], (spec.embedding_dim,), oy, ox)
+    lead_chunks = data.chunks[: len(extra)]
+    if T > 1:
+        lead_chunks = (*lead_chunks[:-1], (lead_chunks[-1][0] - T + 1,))
+    out_chunks = (*lead_chunks, (spec.embedding_dim,), oy, ox)
 
+    crs_wkt = None
+    if crs is not None:
+        try:
+            crs_wkt = crs.to_wkt()
+        except Exception:
+            crs_wkt = str(crs)
+    gsd = abs(dx)
+    try:
+        if crs is not None and crs.is_geographic:
+            gsd = abs(dx) * 111_320.0
+    except Exception:
+        pass
     ctx = BlockContext(
         spec=spec, mode=output, device=dev, batch_size=int(batch_size), amp=amp,
         ygrid=ygrid, xgrid=xgrid, depth_y=depth_y, depth_x=depth_x, nodata=nd, skip_empty=skip_empty,
+        time_axis=time_axis, times=times, transform=(x0, dx, y0, dy), crs_wkt=crs_wkt, gsd=gsd,
     )
     return Prepared(
         data=data, template=arr, spec=spec, ctx=ctx, extra_dims=extra, y_dim=yd, x_dim=xd,
@@ -583,6 +703,7 @@ def embed(
     weights: str | None = None,
     pretrained: bool = True,
     skip_empty: bool = True,
+    time_dim: str | None = None,
 ) -> xr.DataArray:
     """Embed a datacube with an encoder, lazily.
 
@@ -623,6 +744,11 @@ def embed(
         weights (for testing).
     skip_empty
         Do not run chips without any valid pixel (their outputs are NaN anyway).
+    time_dim
+        The time dim, for models that take several dates (``time_frames > 1``)
+        or acquisition dates; defaults to ``"time"``. Multi-date models slide a
+        window of ``time_frames`` steps along it; the output's time is the last
+        date of each window.
 
     Returns
     -------
@@ -637,7 +763,7 @@ def embed(
     p = prepare(
         obj, model, output=output, bands=bands, overlap=overlap, device=device, batch_size=batch_size,
         block_size=block_size, amp=amp, band_dim=band_dim, y_dim=y_dim, x_dim=x_dim, nodata=nodata,
-        weights=weights, pretrained=pretrained, skip_empty=skip_empty,
+        weights=weights, pretrained=pretrained, skip_empty=skip_empty, time_dim=time_dim,
     )
     data = p.data
     ndim = data.ndim
@@ -656,6 +782,9 @@ def _wrap_output(out: Any, p: Prepared) -> xr.DataArray:
     from ._version import __version__
 
     tmpl = p.template
+    T = p.spec.time_frames
+    if T > 1:
+        tmpl = tmpl.isel({p.extra_dims[-1]: slice(T - 1, None)})
     x0, dx, y0, dy = p.transform
     mode = p.ctx.mode
     cell = p.ctx.cell
@@ -692,6 +821,7 @@ def _wrap_output(out: Any, p: Prepared) -> xr.DataArray:
         "xeofm:overlap": p.overlap,
         "xeofm:bands": [str(b) for b in p.band_names],
         "xeofm:amp": p.ctx.amp or "none",
+        "xeofm:time_frames": T,
     }
     if p.spec.weights:
         attrs["xeofm:weights"] = str(p.spec.weights)

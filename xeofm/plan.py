@@ -244,7 +244,7 @@ def plan(obj: Any, model: Any, **kwargs: Any) -> Plan:
 
     ry = runs(yg, p.out_chunks[-2], ctx.depth_y)
     rx = runs(xg, p.out_chunks[-1], ctx.depth_x)
-    extra_blocks = [m for m in _extra_block_sizes(chunks[: len(p.extra_dims)])]
+    extra_blocks = _extra_block_sizes(p.out_chunks[: len(p.extra_dims)])
     chips_total = sum(m * a * b for m in extra_blocks for a in ry for b in rx)
     batches_total = sum(-(-(m * a * b) // ctx.batch_size) for m in extra_blocks for a in ry for b in rx)
     costs = model_costs(p.spec)

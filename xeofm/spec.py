@@ -64,7 +64,22 @@ class ModelSpec:
     gsd
         Ground sampling distance the model was trained at (metres).
     time_frames
-        Number of time steps the model takes at once (1: mapped over time).
+        Number of time steps the model takes at once. With 1 the model is mapped
+        over time; with ``T > 1`` the module receives ``(B, C, T, H, W)`` and the
+        engine slides a window of ``T`` steps along the time axis (output time =
+        last step of each window). Token outputs are then ``(B, prefix + T*N, D)``
+        and are averaged over the ``T`` frames.
+    aux
+        Auxiliary inputs passed to ``forward`` as keyword arguments:
+        ``"wavelengths"`` (``(C,)`` centre wavelengths in micrometres, from
+        ``bands``), ``"gsd"`` (float, the cube's pixel size), ``"time"``
+        (``(B, T, 2)`` year and day of year of each frame) and ``"latlon"``
+        (``(B, 2)`` latitude and longitude of each chip centre, degrees).
+    weights_file, weights_sha256
+        Expected weight file name (for messages) and its SHA-256 checksum,
+        verified when a file is loaded.
+    metadata
+        Extra ``(key, value)`` pairs (e.g. text tower, STAC MLM fields).
     dtype
         Expected input dtype of the raw data (informational).
     licence, citation, description
@@ -88,6 +103,10 @@ class ModelSpec:
     overlap: int | None = None
     gsd: float | None = None
     time_frames: int = 1
+    aux: tuple[str, ...] = ()
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+    metadata: tuple[tuple[str, Any], ...] = ()
     dtype: str | None = None
     licence: str | None = None
     citation: str | None = None
@@ -98,6 +117,20 @@ class ModelSpec:
         object.__setattr__(self, "bands", as_bands(self.bands))
         if isinstance(self.builder_kwargs, dict):
             object.__setattr__(self, "builder_kwargs", tuple(sorted(self.builder_kwargs.items())))
+        if isinstance(self.metadata, dict):
+            object.__setattr__(self, "metadata", tuple(sorted(self.metadata.items())))
+        object.__setattr__(self, "aux", tuple(self.aux))
+        unknown = set(self.aux) - {"wavelengths", "gsd", "time", "latlon"}
+        if unknown:
+            raise SpecError(
+                f"spec {self.name!r}: unknown auxiliary inputs {sorted(unknown)}; "
+                "supported: 'wavelengths', 'gsd', 'time', 'latlon'"
+            )
+        if "wavelengths" in self.aux and any(b.wavelength is None for b in self.bands):
+            missing = [b.id for b in self.bands if b.wavelength is None]
+            raise SpecError(f"spec {self.name!r} takes wavelengths but bands {missing} have none")
+        if self.time_frames < 1:
+            raise SpecError(f"spec {self.name!r}: time_frames must be >= 1")
         for attr in ("mean", "std"):
             v = getattr(self, attr)
             if v is not None:
@@ -154,6 +187,8 @@ class ModelSpec:
         d.pop("_local_key", None)
         d["bands"] = [dataclasses.asdict(b) for b in self.bands]
         d["builder_kwargs"] = dict(self.builder_kwargs)
+        d["metadata"] = dict(self.metadata)
+        d["aux"] = list(self.aux)
         return d
 
     @property
@@ -174,7 +209,7 @@ class ModelSpec:
         if self.output == "patch":
             expected = (batch, d, t, t)
         elif self.output == "tokens":
-            expected = (batch, self.prefix_tokens + t * t, d)
+            expected = (batch, self.prefix_tokens + self.time_frames * t * t, d)
         else:
             expected = (batch, d)
         if tuple(shape) != expected:
