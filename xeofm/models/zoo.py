@@ -1,1 +1,7 @@
-"""The model zoo: registrations of published EO foundation models."""
+"""The model zoo: importing this module registers the published EO foundation models.
+
+Each family lives in its own module and registers its specs at import time;
+importing them is cheap (no torch import until a model is built).
+"""
+
+from . import clip, croma, dofa, prithvi, rgb  # noqa: F401

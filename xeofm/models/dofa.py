@@ -1,0 +1,1 @@
+"""Registrations for the dofa model family."""

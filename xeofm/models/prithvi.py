@@ -1,0 +1,1 @@
+"""Registrations for the prithvi model family."""

@@ -1,0 +1,1 @@
+"""Registrations for the rgb model family."""
