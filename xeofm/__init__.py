@@ -22,6 +22,8 @@ from .errors import (
 )
 from .models import list_models, load_model, register, wrap
 from .plan import Plan, plan
+from .probe import Probe, fit_probe, predict
+from .segment import classify, segment
 from .spec import ModelSpec
 
 __all__ = [
@@ -35,6 +37,11 @@ __all__ = [
     "load_model",
     "models",
     "plan",
+    "Probe",
+    "fit_probe",
+    "predict",
+    "segment",
+    "classify",
     "register",
     "wrap",
     "XeofmError",

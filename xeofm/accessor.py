@@ -23,10 +23,28 @@ class _EofmBase:
 
         return plan(self._obj, model, **kwargs)
 
+    def segment(self, model: Any, **kwargs: Any) -> xr.DataArray:
+        """Lazy label cube (or probabilities) from a segmentation model; see :func:`xeofm.segment`."""
+        from .segment import segment
+
+        return segment(self._obj, model, **kwargs)
+
+    def classify(self, classes: Any, *, model: Any, **kwargs: Any) -> xr.DataArray:
+        """Zero-shot class map from text prompts; see :func:`xeofm.classify`."""
+        from .segment import classify
+
+        return classify(self._obj, classes, model=model, **kwargs)
+
 
 @xr.register_dataarray_accessor("eofm")
 class EofmDataArrayAccessor(_EofmBase):
-    """``DataArray.eofm``: foundation-model operations on a ``(..., band, y, x)`` cube."""
+    """``DataArray.eofm``: foundation-model operations on cubes, embeddings and label cubes."""
+
+    def predict(self, probe: Any) -> xr.DataArray:
+        """Apply a probe to these embeddings, lazily; see :func:`xeofm.predict`."""
+        from .probe import predict
+
+        return predict(self._obj, probe)
 
 
 @xr.register_dataset_accessor("eofm")
