@@ -17,8 +17,6 @@ from ..spec import ModelSpec
 
 __all__ = ["list_models", "get_spec", "register", "resolve_model", "wrap", "load_model"]
 
-_WEIGHTS_DIR = Path(__file__).parent / "weights"
-
 # name -> (spec, hint shown when a weight file is needed but not given)
 _REGISTRY: dict[str, tuple[ModelSpec, str | None]] = {}
 
@@ -222,10 +220,9 @@ register(
     ),
 )
 
-_DEMO_WEIGHTS = _WEIGHTS_DIR / "demo-patchpca-landsat-rgb.safetensors"  # written by xeofm.models.demo.fit
-if _DEMO_WEIGHTS.is_file():
-    from .demo import DEMO_SPEC_KWARGS
+from .demo import specs as _demo_specs  # noqa: E402
 
-    register(ModelSpec(weights=str(_DEMO_WEIGHTS), **DEMO_SPEC_KWARGS))
+for _spec in _demo_specs():  # the small demo models fitted on the shipped samples
+    register(_spec)
 
 from . import zoo  # noqa: E402,F401  (registers the model zoo)
