@@ -587,7 +587,7 @@ def prepare(
         tv = pd.DatetimeIndex(arr[tdim].values) if tdim in arr.coords else None
         if tv is None:
             raise InputError(f"model {spec.name!r} needs the dates of {tdim!r}; give it datetime coordinates")
-        times = tuple((int(t.year), int(t.dayofyear)) for t in tv)
+        times = tuple((int(t.year), int(t.day_of_year)) for t in tv)
         time_axis = extra.index(tdim)
     elif "time" in spec.aux:
         raise MissingDimensionError(f"model {spec.name!r} takes acquisition dates; the cube needs a time dim")
