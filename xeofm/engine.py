@@ -242,13 +242,14 @@ def embed_block(block: Any, ctx: BlockContext, block_info: dict | None = None) -
         cvalid[:, dst[2], dst[3]] = ok
         del region, ok
     del raw
-    if spec.offset:
-        canvas.add_(spec.offset)
-    if spec.scale != 1.0:
-        canvas.mul_(spec.scale)
-    if spec.mean is not None:
-        canvas.sub_(torch.as_tensor(spec.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1))
-        canvas.div_(torch.as_tensor(spec.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1))
+    # ((raw + offset) * scale - mean) / std, fused into one multiply-add per band
+    mean = np.zeros(nb) if spec.mean is None else np.asarray(spec.mean, dtype=np.float64)
+    std = np.ones(nb) if spec.std is None else np.asarray(spec.std, dtype=np.float64)
+    a = spec.scale / std
+    b = (spec.offset * spec.scale - mean) / std
+    if not (np.all(a == 1) and np.all(b == 0)):
+        canvas.mul_(torch.as_tensor(a, dtype=torch.float32, device=dev).view(1, -1, 1, 1))
+        canvas.add_(torch.as_tensor(b, dtype=torch.float32, device=dev).view(1, -1, 1, 1))
     canvas.masked_fill_(~cvalid[:, None], 0.0)
     if T > 1:  # an output is valid where any frame of its window is
         ovalid = torch.stack([cvalid[frames_of(mo)].any(dim=0) for mo in range(M_out)])
