@@ -161,7 +161,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of bare and xeofm")
     p.add_argument("--naive-chips", type=int, default=120, help="chips timed for the naive loop (rate is per chip)")
-    p.add_argument("--rss-sizes", type=int, nargs="*", default=[1024, 2048, 4096])
+    p.add_argument("--rss-sizes", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
     p.add_argument("--rss-block", type=int, default=1024)
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args(argv)
