@@ -131,3 +131,14 @@ def test_weights_needed_but_not_given():
         cube.eofm.embed("ssl4eo-s12-resnet18")
     with pytest.raises(WeightsError, match="does not exist"):
         cube.eofm.embed("ssl4eo-s12-resnet18", weights="/nonexistent/file.pth")
+
+
+def test_gsd_far_from_the_models_warns():
+    import warnings
+
+    spec = xeofm.models.get_spec("xeofm-demo-patchpca")  # trained at 30 m
+    with pytest.warns(UserWarning, match="pixel size \\(300 m\\) is far from the 30 m"):
+        make_cube(64, 64, res=300.0).eofm.embed(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_cube(64, 64, res=30.0).eofm.embed(spec)

@@ -665,6 +665,14 @@ def prepare(
             gsd = abs(dx) * 111_320.0
     except Exception:
         pass
+    if spec.gsd and crs is not None and gsd > 0 and not (0.5 <= gsd / spec.gsd <= 2.0):
+        warnings.warn(
+            f"the cube's pixel size ({gsd:.3g} m) is far from the {spec.gsd:g} m model {spec.name!r} was "
+            f"trained at; features may be off. Resample the cube (e.g. cube.odc.reproject(..., resolution="
+            f"{spec.gsd:g})) if the model does not take the GSD as an input.",
+            UserWarning,
+            stacklevel=3,
+        )
     ctx = BlockContext(
         spec=spec, mode=output, device=dev, batch_size=int(batch_size), amp=amp,
         ygrid=ygrid, xgrid=xgrid, depth_y=depth_y, depth_x=depth_x, nodata=nd, skip_empty=skip_empty,
