@@ -153,6 +153,7 @@ class Plan:
     halo: tuple[int, int]
     chips_per_step: int
     chips_total: int
+    chips_per_block: int
     blocks: int
     block_shape: tuple[int, ...]
     batch_size: int
@@ -162,6 +163,7 @@ class Plan:
     output_bytes: int
     block_bytes: int
     flops_per_chip: float | None
+    flops_per_block: float | None
     flops_total: float | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,7 +182,7 @@ class Plan:
             ("chip / stride / overlap", f"{self.chip_size} / {self.stride} / {self.overlap} px"),
             ("halo (y, x)", f"{self.halo} px"),
             ("chips", f"{self.chips_total} ({self.chips_per_step} per time step)"),
-            ("blocks", f"{self.blocks} of {self.block_shape}"),
+            ("blocks", f"{self.blocks} of {self.block_shape}, up to {self.chips_per_block} chips each"),
             ("batch size", f"{self.batch_size} ({self.batches_total} batches)"),
             ("input / output", f"{gb(self.input_bytes)} / {gb(self.output_bytes)}"),
             ("working set per block", gb(self.block_bytes)),
@@ -188,7 +190,8 @@ class Plan:
                 "FLOPs",
                 "unknown"
                 if self.flops_total is None
-                else f"{_si(self.flops_per_chip)}FLOP per chip, {_si(self.flops_total)}FLOP in all",
+                else f"{_si(self.flops_per_chip)}FLOP per chip, {_si(self.flops_per_block)}FLOP per block, "
+                f"{_si(self.flops_total)}FLOP in all",
             ),
         ]
         w = max(len(k) for k, _ in rows)
@@ -247,6 +250,7 @@ def plan(obj: Any, model: Any, **kwargs: Any) -> Plan:
     extra_blocks = _extra_block_sizes(p.out_chunks[: len(p.extra_dims)])
     chips_total = sum(m * a * b for m in extra_blocks for a in ry for b in rx)
     batches_total = sum(-(-(m * a * b) // ctx.batch_size) for m in extra_blocks for a in ry for b in rx)
+    chips_per_block = max(m * a * b for m in extra_blocks for a in ry for b in rx)
     costs = model_costs(p.spec)
     out_elems = int(np.prod([sum(c) for c in p.out_chunks]))
     in_bytes = int(np.prod(p.data.shape)) * np.dtype(p.data.dtype).itemsize
@@ -265,6 +269,7 @@ def plan(obj: Any, model: Any, **kwargs: Any) -> Plan:
         halo=(ctx.depth_y, ctx.depth_x),
         chips_per_step=per_step,
         chips_total=chips_total,
+        chips_per_block=chips_per_block,
         blocks=blocks,
         block_shape=tuple(int(max(c)) for c in chunks),
         batch_size=ctx.batch_size,
@@ -274,5 +279,6 @@ def plan(obj: Any, model: Any, **kwargs: Any) -> Plan:
         output_bytes=out_elems * 4,
         block_bytes=_block_bytes(max(max(chunks[-2]), max(chunks[-1])), p.spec, ctx.mode, len(p.band_names), m, depth),
         flops_per_chip=costs.flops_per_chip,
+        flops_per_block=None if costs.flops_per_chip is None else costs.flops_per_chip * chips_per_block,
         flops_total=None if costs.flops_per_chip is None else costs.flops_per_chip * chips_total,
     )
