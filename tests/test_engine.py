@@ -54,7 +54,7 @@ def layouts(draw):
 
 
 @pytest.mark.parametrize("output", MODES)
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(__import__("os").environ.get("XEOFM_HYPOTHESIS_EXAMPLES", 12)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(layout=layouts())
 def test_result_independent_of_chunks_blocks_and_batch(tiny_spec, output, layout):
     ny, nx, cy, cx, block, batch, overlap = layout
