@@ -373,11 +373,13 @@ def _find_dim(obj: xr.DataArray | xr.Dataset, given: str | None, names: Sequence
 def _to_band_array(obj, band_dim: str | None, spec: ModelSpec, bands: Mapping[str, str] | None):
     """Return (DataArray with a band dim ordered as the model needs, band dim name, chosen names)."""
     from .bands import resolve_bands
+    from .models.weights import check_bands
 
     if isinstance(obj, xr.Dataset):
         names = list(obj.data_vars)
         if not names:
             raise InputError("the Dataset has no data variables; expected one variable per band")
+        check_bands(spec, names, bands)
         chosen = resolve_bands(names, spec.bands, bands)
         sub = obj[chosen]
         arr = sub.to_dataarray(dim="band")
@@ -414,6 +416,7 @@ def _to_band_array(obj, band_dim: str | None, spec: ModelSpec, bands: Mapping[st
             )
         names = list(spec.band_ids)
         obj = obj.assign_coords({bdim: names})
+    check_bands(spec, names, bands)
     chosen = resolve_bands(names, spec.bands, bands)
     arr = obj.sel({bdim: chosen})
     nd = _nodata_of(obj)
@@ -665,14 +668,9 @@ def prepare(
             gsd = abs(dx) * 111_320.0
     except Exception:
         pass
-    if spec.gsd and crs is not None and gsd > 0 and not (0.5 <= gsd / spec.gsd <= 2.0):
-        warnings.warn(
-            f"the cube's pixel size ({gsd:.3g} m) is far from the {spec.gsd:g} m model {spec.name!r} was "
-            f"trained at; features may be off. Resample the cube (e.g. cube.odc.reproject(..., resolution="
-            f"{spec.gsd:g})) if the model does not take the GSD as an input.",
-            UserWarning,
-            stacklevel=3,
-        )
+    from .models.weights import warn_gsd
+
+    warn_gsd(spec, gsd if crs is not None else None, stacklevel=4)
     ctx = BlockContext(
         spec=spec, mode=output, device=dev, batch_size=int(batch_size), amp=amp,
         ygrid=ygrid, xgrid=xgrid, depth_y=depth_y, depth_x=depth_x, nodata=nd, skip_empty=skip_empty,

@@ -38,6 +38,25 @@ class ModelCosts:
     param_bytes: int | None
 
 
+def _dummy_inputs(spec: ModelSpec) -> tuple[Any, dict[str, Any]]:
+    """One chip shaped as the engine feeds it: ``(1, C, H, W)`` or ``(1, C, T, H, W)``, plus aux inputs."""
+    import torch
+
+    c, n, t = len(spec.bands), spec.chip_size, spec.time_frames
+    x = torch.empty(1, c, t, n, n) if t > 1 else torch.empty(1, c, n, n)
+    aux: dict[str, Any] = {}
+    for name in spec.aux:
+        if name == "wavelengths":
+            aux[name] = torch.tensor([b.wavelength for b in spec.bands], dtype=torch.float32)
+        elif name == "gsd":
+            aux[name] = float(spec.gsd or 10.0)
+        elif name == "time":
+            aux[name] = torch.tensor([[[2020.0, 180.0]] * t], dtype=torch.float32)
+        elif name == "latlon":
+            aux[name] = torch.tensor([[45.0, 10.0]], dtype=torch.float32)
+    return x, aux
+
+
 @lru_cache(maxsize=64)
 def _costs_cached(spec: ModelSpec) -> ModelCosts:
     import torch
@@ -68,11 +87,11 @@ def _costs_cached(spec: ModelSpec) -> ModelCosts:
     flops = None
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            x = torch.empty(1, len(spec.bands), spec.chip_size, spec.chip_size)
+            x, aux = _dummy_inputs(spec)
             if spec._local_key is None:
                 module = module.to_empty(device="cpu") if any(p.is_meta for p in module.parameters()) else module
             with FlopCounterMode(display=False) as fc, torch.no_grad():
-                module(x)
+                module(x, **aux)
             flops = float(fc.get_total_flops())
         del mode
     except Exception:

@@ -88,13 +88,20 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise WeightsError(f"weight file {str(p)!r} does not exist")
+    with open(p, "rb") as f:
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header length, then a JSON header
+    is_safetensors = p.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
     try:
-        if p.suffix == ".safetensors":
+        if is_safetensors:
             from safetensors.torch import load_file
 
             sd: Any = load_file(str(p), device="cpu")
         else:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+            try:  # memory-mapped: a large checkpoint is not held in memory twice while loading
+                sd = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # e.g. files in torch's legacy (pre-zip) format cannot be mapped
+                sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file
         raise WeightsError(f"cannot read weight file {str(p)!r}: {type(exc).__name__}: {exc}") from exc
     for key in ("state_dict", "model", "module"):
@@ -105,9 +112,35 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     return sd
 
 
-def load_weights(module: Any, path: str | Path, *, strict: bool = True) -> Any:
-    """Load a state dict file into ``module``, naming mismatched keys on failure."""
+def load_weights(module: Any, path: str | Path, *, strict: bool = True, spec: "ModelSpec | None" = None) -> Any:
+    """Load a weight file into ``module``, naming mismatched keys on failure.
+
+    With a ``spec``, the file's SHA-256 is checked against ``spec.weights_sha256``
+    and the checkpoint goes through the spec's ``remap`` hook (the authors' key
+    layout -> the module's) before the keys are compared.
+    """
+    import torch
+
+    from .models import weights as _weights
+
+    name = spec.name if spec is not None else None
+    if spec is not None:
+        _weights.verify_sha256(path, spec.weights_sha256, model=name)
     sd = load_state_dict(path)
+    remap = _weights.remap_for(spec) if spec is not None else None
+    if remap is not None:
+        try:
+            sd = remap(sd)
+        except WeightsError:
+            raise
+        except Exception as exc:
+            raise WeightsError(
+                f"weight file {str(path)!r} could not be converted for model {name!r} "
+                f"({type(exc).__name__}: {exc}); is it the right file"
+                + (f" (expected {spec.weights_file})" if spec is not None and spec.weights_file else "")
+                + "?"
+            ) from exc
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     own = module.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -126,7 +159,11 @@ def load_weights(module: Any, path: str | Path, *, strict: bool = True) -> Any:
                 "shape mismatch: "
                 + few([f"{k} file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in bad_shape])
             )
-        raise WeightsError(f"weight file {str(path)!r} does not fit this model: " + "; ".join(parts))
+        who = f" {name!r}" if name else ""
+        expect = f" (expected {spec.weights_file})" if spec is not None and spec.weights_file else ""
+        raise WeightsError(
+            f"weight file {str(path)!r} does not fit this model{who}{expect}: " + "; ".join(parts)
+        )
     module.load_state_dict(sd, strict=strict)
     return module
 
@@ -151,7 +188,7 @@ def build_module(spec: "ModelSpec") -> Any:
         torch.manual_seed(0)
         module = fn(**dict(spec.builder_kwargs))
     if spec.weights:
-        load_weights(module, spec.weights)
+        load_weights(module, spec.weights, spec=spec)
     return module
 
 
