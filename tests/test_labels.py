@@ -95,7 +95,7 @@ class FakeClipImage(torch.nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def _fake_encode_text(model, texts, templates=None):
+def _fake_encode_text(model, texts, templates=None, **kwargs):
     table = {"red things": [1, 0, 0], "green things": [0, 1, 0], "blue things": [0, 0, 1]}
     return np.array([table[t] for t in texts], dtype=np.float32)
 
@@ -119,7 +119,7 @@ def test_classify_zero_shot_with_unknown(monkeypatch):
 
 
 def test_classify_without_text_tower(monkeypatch, tiny_spec):
-    def no_text(model, texts, templates=None):
+    def no_text(model, texts, templates=None, **kwargs):
         raise SpecError(f"model {model.name!r} has no text tower")
 
     monkeypatch.setattr(xeofm.models, "encode_text", no_text, raising=False)

@@ -142,7 +142,7 @@ def classify(
     encode_text = getattr(models, "encode_text", None)
     if encode_text is None:
         raise SpecError("no text encoders are available in this installation (pip install 'xeofm[clip]')")
-    txt = np.asarray(encode_text(spec, list(classes), templates=templates), dtype=np.float32)
+    txt = np.asarray(encode_text(spec, list(classes), templates=templates, pretrained=pretrained), dtype=np.float32)
     if txt.shape != (len(classes), spec.embedding_dim):
         raise SpecError(
             f"text embeddings of model {spec.name!r} have shape {txt.shape}, expected "

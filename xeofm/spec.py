@@ -191,6 +191,19 @@ class ModelSpec:
         d["aux"] = list(self.aux)
         return d
 
+    def to_stac(self, **kwargs: Any):
+        """This spec as a ``pystac.Item`` with the STAC MLM extension; see :func:`xeofm.models.mlm.spec_to_stac`."""
+        from .models.mlm import spec_to_stac
+
+        return spec_to_stac(self, **kwargs)
+
+    @classmethod
+    def from_stac(cls, item: Any) -> "ModelSpec":
+        """A spec from a STAC MLM Item (object, dict or JSON path); see :func:`xeofm.models.mlm.spec_from_stac`."""
+        from .models.mlm import spec_from_stac
+
+        return spec_from_stac(item)
+
     @property
     def hash(self) -> str:
         """Stable short hash of everything that changes the model's numbers."""

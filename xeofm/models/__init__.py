@@ -15,7 +15,7 @@ from ..bands import SENTINEL2, Band
 from ..errors import SpecError, WeightsError
 from ..spec import ModelSpec
 
-__all__ = ["list_models", "get_spec", "register", "resolve_model", "wrap", "load_model"]
+__all__ = ["list_models", "get_spec", "register", "resolve_model", "wrap", "load_model", "encode_text"]
 
 # name -> (spec, hint shown when a weight file is needed but not given)
 _REGISTRY: dict[str, tuple[ModelSpec, str | None]] = {}
@@ -58,17 +58,28 @@ def get_spec(name: str) -> ModelSpec:
 def resolve_model(model: Any, *, weights: str | Path | None = None, pretrained: bool = True) -> ModelSpec:
     """Turn a name, spec or wrapped module into a :class:`ModelSpec` ready to build.
 
+    Weights come from ``weights`` (a safetensors or torch file), else from
+    ``spec.weights``, else, for a pretrained model whose file is not shipped,
+    from the offline places :mod:`xeofm.models.weights` looks in
+    (``$XEOFM_WEIGHTS_DIR``, the Hugging Face and torch hub caches). The file's
+    SHA-256 is checked here when the spec gives one. ``pretrained=False`` drops
+    any weights: the model is built with (seeded) random weights.
+
     Raises
     ------
     WeightsError
-        If a registered model needs a weight file and none was given while
-        ``pretrained=True``.
+        If a pretrained model's file was not given and is in none of those
+        places while ``pretrained=True``, or a file fails its checksum.
     """
+    from . import weights as _weights
+
     if isinstance(model, str):
         spec = get_spec(model)
         hint = _REGISTRY[model][1]
     elif isinstance(model, ModelSpec):
-        spec, hint = model, None
+        spec = model
+        reg = _REGISTRY.get(spec.name)
+        hint = reg[1] if reg is not None and spec._local_key is None else None
     else:
         try:
             import torch
@@ -87,12 +98,16 @@ def resolve_model(model: Any, *, weights: str | Path | None = None, pretrained: 
         p = Path(weights).expanduser()
         if not p.is_file():
             raise WeightsError(f"weight file {str(p)!r} does not exist")
+        _weights.verify_sha256(p, spec.weights_sha256, model=spec.name)
         return spec.replace(weights=str(p.resolve()))
-    if hint is not None and spec.weights is None and pretrained:
-        raise WeightsError(
-            f"model {spec.name!r} needs its pretrained weights, which xeofm never downloads. {hint} "
-            "Then pass weights='path/to/file'. For tests, pretrained=False builds random weights."
-        )
+    if not pretrained:
+        return spec.replace(weights=None) if spec.weights else spec
+    if spec.weights is None and spec._local_key is None and (hint is not None or _weights.needs_weights(spec)):
+        found = _weights.find_cached(spec)
+        if found is None:
+            raise _weights.missing_weights_error(spec, hint)
+        _weights.verify_sha256(found, spec.weights_sha256, model=spec.name)
+        return spec.replace(weights=str(found))
     return spec
 
 
@@ -226,3 +241,5 @@ for _spec in _demo_specs():  # the small demo models fitted on the shipped sampl
     register(_spec)
 
 from . import zoo  # noqa: E402,F401  (registers the model zoo)
+from . import weights  # noqa: E402,F401
+from .clip import encode_text  # noqa: E402
