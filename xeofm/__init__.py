@@ -7,7 +7,7 @@ Torch, timm and other heavy libraries are imported only when first needed.
 from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers .eofm)
-from . import data, models
+from . import data, models, ops, products, viz
 from ._version import __version__
 from .bands import Band
 from .engine import embed
@@ -20,7 +20,8 @@ from .errors import (
     WeightsError,
     XeofmError,
 )
-from .models import list_models, load_model, register, wrap
+from .models import encode_text, list_models, load_model, register, wrap
+from .ops import anomaly, area, change, distance, pca, search, similarity, threshold, transitions
 from .plan import Plan, plan
 from .probe import Probe, fit_probe, predict
 from .segment import classify, segment
@@ -32,6 +33,19 @@ __all__ = [
     "ModelSpec",
     "Plan",
     "data",
+    "ops",
+    "products",
+    "viz",
+    "encode_text",
+    "change",
+    "anomaly",
+    "distance",
+    "threshold",
+    "similarity",
+    "search",
+    "pca",
+    "area",
+    "transitions",
     "embed",
     "list_models",
     "load_model",

@@ -46,6 +46,82 @@ class EofmDataArrayAccessor(_EofmBase):
 
         return predict(self._obj, probe)
 
+    # -- time series and change (see xeofm.ops) -------------------------------------
+    def change(self, dim: str = "time", **kwargs: Any) -> xr.DataArray:
+        """Per-pixel embedding change along ``dim``; see :func:`xeofm.ops.change`."""
+        from .ops import change
+
+        return change(self._obj, dim, **kwargs)
+
+    def anomaly(self, dim: str = "time", **kwargs: Any) -> xr.DataArray:
+        """Distance of each date from its temporal context; see :func:`xeofm.ops.anomaly`."""
+        from .ops import anomaly
+
+        return anomaly(self._obj, dim, **kwargs)
+
+    def distance(self, other: xr.DataArray, **kwargs: Any) -> xr.DataArray:
+        """Per-pixel distance to another embedding cube; see :func:`xeofm.ops.distance`."""
+        from .ops import distance
+
+        return distance(self._obj, other, **kwargs)
+
+    def threshold(self, method: Any = "otsu", **kwargs: Any) -> xr.DataArray:
+        """Boolean mask from a change/score map (Otsu, MAD or a value); see :func:`xeofm.ops.threshold`."""
+        from .ops import threshold
+
+        return threshold(self._obj, method, **kwargs)
+
+    # -- query and exploration -------------------------------------------------------
+    def similarity(self, **kwargs: Any) -> xr.DataArray:
+        """Similarity to a point, polygon, vector or text; see :func:`xeofm.ops.similarity`."""
+        from .ops import similarity
+
+        return similarity(self._obj, **kwargs)
+
+    def search(self, query: Any, k: int = 20, **kwargs: Any):
+        """Top-``k`` most similar places as a DataFrame; see :func:`xeofm.ops.search`."""
+        from .ops import search
+
+        return search(self._obj, query, k, **kwargs)
+
+    def pca(self, n: int = 3, **kwargs: Any) -> xr.DataArray:
+        """Lazy projection onto ``n`` principal components; see :func:`xeofm.ops.pca`."""
+        from .ops import pca
+
+        return pca(self._obj, n, **kwargs)
+
+    # -- label cubes -----------------------------------------------------------------
+    def area(self):
+        """Area per class (and per date) in m² and km²; see :func:`xeofm.ops.area`."""
+        from .ops import area
+
+        return area(self._obj)
+
+    def transitions(self, start: Any = None, end: Any = None, **kwargs: Any):
+        """From-to class transition areas between two dates; see :func:`xeofm.ops.transitions`."""
+        from .ops import transitions
+
+        return transitions(self._obj, start, end, **kwargs)
+
+    def cell_area(self) -> xr.DataArray:
+        """Area of each pixel in m², lazily; see :func:`xeofm.ops.cell_area`."""
+        from .ops import cell_area
+
+        return cell_area(self._obj)
+
+    def coarsen_mode(self, factor: Any) -> xr.DataArray:
+        """Majority-vote coarsening of a label cube; see :func:`xeofm.ops.coarsen_mode`."""
+        from .ops import coarsen_mode
+
+        return coarsen_mode(self._obj, factor)
+
+    @property
+    def plot(self):
+        """Interactive plots (hvplot/holoviews): ``.eofm.plot()`` or ``.eofm.plot.rgb(...)``."""
+        from .viz import EofmPlot
+
+        return EofmPlot(self._obj)
+
 
 @xr.register_dataset_accessor("eofm")
 class EofmDatasetAccessor(_EofmBase):
