@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import accessor as _accessor  # noqa: F401  (registers .eofm)
 from . import data, models, ops, products, viz
 from ._version import __version__
-from .bands import Band
+from .bands import Band, harmonize_s2_l2a
 from .engine import embed
 from .errors import (
     DeviceError,
@@ -30,6 +30,7 @@ from .spec import ModelSpec
 __all__ = [
     "__version__",
     "Band",
+    "harmonize_s2_l2a",
     "ModelSpec",
     "Plan",
     "data",

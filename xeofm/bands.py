@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import MissingBandsError
 
-__all__ = ["Band", "SENTINEL2", "HLS", "RGB", "RGBN", "LANDSAT_OLI", "resolve_bands", "normalize_name"]
+__all__ = [
+    "Band",
+    "SENTINEL2",
+    "SENTINEL2_L2A",
+    "S2_L2A_OFFSET_DATE",
+    "harmonize_s2_l2a",
+    "HLS", "RGB", "RGBN", "LANDSAT_OLI", "resolve_bands", "normalize_name"]
 
 
 # Synonyms of STAC eo:common_name values seen in loaders and model cards.
@@ -115,6 +121,95 @@ SENTINEL2: tuple[Band, ...] = (
     _b("B11", "swir16", 1.610),
     _b("B12", "swir22", 2.190),
 )
+
+#: Sentinel-2 L2A surface reflectance: the L1C bands without B10 (cirrus), 12 bands.
+SENTINEL2_L2A: tuple[Band, ...] = tuple(b for b in SENTINEL2 if b.id != "B10")
+
+#: First acquisition date processed with baseline 04.00, which adds 1000 DN to L2A (BOA_ADD_OFFSET = -1000).
+S2_L2A_OFFSET_DATE = "2022-01-25"
+
+
+def harmonize_s2_l2a(
+    cube: Any,
+    *,
+    time_dim: str = "time",
+    baseline: Any = None,
+    offset: float = 1000.0,
+    nodata: float | None = 0,
+) -> Any:
+    """Remove the +1000 DN offset from Sentinel-2 L2A scenes of processing baseline ≥ 04.00, lazily.
+
+    Since 2022-01-25 ESA's L2A products store ``reflectance * 10000 + 1000``
+    (``BOA_ADD_OFFSET = -1000``); models trained on older L2A or on L1C expect
+    the old scale. This subtracts ``offset`` from the dates that carry it and
+    clips at 0, like Microsoft Planetary Computer's harmonisation recipe.
+
+    Parameters
+    ----------
+    cube
+        DataArray or Dataset of L2A digital numbers with a ``time_dim``.
+    time_dim
+        The time dim (its values are the acquisition dates).
+    baseline
+        Processing baselines per date (sequence of strings/floats such as
+        ``"05.09"``); default: the ``s2:processing_baseline`` coordinate on
+        ``time_dim`` when there is one (odc-stac / stackstac carry it), else
+        the acquisition date (≥ :data:`S2_L2A_OFFSET_DATE` means offset).
+    offset
+        DN to subtract where the offset applies.
+    nodata
+        Value left untouched (0 is L2A's nodata); NaN is always kept.
+
+    Returns
+    -------
+    Same type as ``cube``, float32 where it was integer, with attribute
+    ``xeofm:s2_harmonized = 1`` on each harmonised array. Already harmonised
+    input (that attribute set) is returned unchanged.
+    """
+    import numpy as np
+    import xarray as xr
+
+    from .errors import InputError, MissingDimensionError
+
+    if isinstance(cube, xr.Dataset):
+        out = cube.copy()
+        for v in cube.data_vars:
+            if time_dim in cube[v].dims:
+                out[v] = harmonize_s2_l2a(cube[v], time_dim=time_dim, baseline=baseline, offset=offset, nodata=nodata)
+        return out
+    if not isinstance(cube, xr.DataArray):
+        raise InputError(f"expected an xarray DataArray or Dataset, got {type(cube).__name__}")
+    if cube.attrs.get("xeofm:s2_harmonized"):
+        return cube
+    if time_dim not in cube.dims:
+        raise MissingDimensionError(
+            f"harmonize_s2_l2a needs the acquisition dates: no {time_dim!r} dim in {list(cube.dims)} "
+            "(expand_dims a time coordinate, or pass time_dim=...)"
+        )
+    if baseline is None and "s2:processing_baseline" in cube.coords:
+        baseline = cube.coords["s2:processing_baseline"].values
+    if baseline is not None:
+        vals = np.asarray(baseline).reshape(-1)
+        if vals.size != cube.sizes[time_dim]:
+            raise InputError(f"{vals.size} processing baselines for {cube.sizes[time_dim]} dates along {time_dim!r}")
+        applies = np.array([float(v) >= 4.0 for v in vals])
+    else:
+        if time_dim not in cube.coords or not np.issubdtype(cube[time_dim].dtype, np.datetime64):
+            raise InputError(
+                f"harmonize_s2_l2a needs datetime coordinates on {time_dim!r} or baseline=[...] per date"
+            )
+        applies = cube[time_dim].values >= np.datetime64(S2_L2A_OFFSET_DATE)
+    flag = xr.DataArray(applies, dims=[time_dim], coords={time_dim: cube[time_dim]})
+    x = cube.astype("float32") if not np.issubdtype(cube.dtype, np.floating) else cube
+    shifted = (x - np.float32(offset)).clip(min=0)
+    keep = ~flag
+    if nodata is not None:
+        keep = keep | (x == nodata)
+    out = x.where(keep, shifted)
+    out.attrs = {**cube.attrs, "xeofm:s2_harmonized": 1}
+    out.encoding = dict(cube.encoding)
+    return out.transpose(*cube.dims)
+
 
 #: Landsat 8/9 OLI reflective bands.
 LANDSAT_OLI: tuple[Band, ...] = (

@@ -490,6 +490,28 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
 
 
+def _warn_s2_offset(spec: ModelSpec, obj: Any, arr: xr.DataArray, tdim: str | None) -> None:
+    """Warn when a model expecting harmonised L2A gets dates of baseline >= 04.00 not yet harmonised."""
+    if dict(spec.metadata).get("radiometry") != "s2-l2a-harmonized":
+        return
+    srcs = [obj] + ([obj[v] for v in obj.data_vars] if isinstance(obj, xr.Dataset) else [])
+    if any(s.attrs.get("xeofm:s2_harmonized") for s in srcs) or arr.attrs.get("xeofm:s2_harmonized"):
+        return
+    if tdim is None or tdim not in arr.coords or not np.issubdtype(arr[tdim].dtype, np.datetime64):
+        return
+    from .bands import S2_L2A_OFFSET_DATE
+
+    late = int((arr[tdim].values >= np.datetime64(S2_L2A_OFFSET_DATE)).sum())
+    if late:
+        warnings.warn(
+            f"{late} date(s) of the cube are from {S2_L2A_OFFSET_DATE} or later, when Sentinel-2 L2A gained a "
+            f"+1000 DN offset (processing baseline 04.00); model {spec.name!r} expects the old scale. Harmonise "
+            "first with cube = xeofm.harmonize_s2_l2a(cube) (a no-op on data already harmonised).",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def prepare(
     obj: xr.DataArray | xr.Dataset,
     model: Any,
@@ -568,6 +590,7 @@ def prepare(
     tdim = time_dim if time_dim is not None else ("time" if "time" in extra else None)
     if time_dim is not None and time_dim not in extra:
         raise MissingDimensionError(f"time dim {time_dim!r} is not among the cube's dims {list(arr.dims)}")
+    _warn_s2_offset(spec, obj, arr, tdim)
     T = spec.time_frames
     if T > 1:
         if tdim is None:

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..bands import SENTINEL2, Band
+from ..bands import SENTINEL2, SENTINEL2_L2A, Band
 from ..errors import SpecError, WeightsError
 from ..spec import ModelSpec
 
@@ -234,6 +234,24 @@ register(
         what="ViT-S/16", enum="ViTSmall16_Weights.SENTINEL2_ALL_MOCO", file="vit_small_patch16_224_sentinel2_all_moco-67c9032d.pth"
     ),
 )
+
+# L2A variants: the same L1C-trained weights fed with L2A surface reflectance (12 bands). B10
+# (cirrus, absent from L2A) is fed at its SSL4EO-S12 L1C training mean (22 DN). Data of processing
+# baseline >= 04.00 must be harmonised first (xeofm.harmonize_s2_l2a); the engine warns otherwise.
+_B10_FILL = 22.0 * 1e-4
+for _name in ("ssl4eo-s12-resnet18", "ssl4eo-s12-resnet50", "ssl4eo-s12-vit-small16"):
+    _base, _hint = _REGISTRY[_name]
+    register(
+        _base.replace(
+            name=f"{_name}-l2a",
+            bands=SENTINEL2_L2A,
+            builder="xeofm.models.builders:with_constant_band",
+            builder_kwargs={"builder": _base.builder, "index": 10, "value": _B10_FILL, **dict(_base.builder_kwargs)},
+            metadata={**dict(_base.metadata), "radiometry": "s2-l2a-harmonized", "l1c_model": _name},
+            description=_base.description.replace("on Sentinel-2 L1C, 13 bands", "L1C weights on Sentinel-2 L2A, 12 bands (B10 fed at its mean)"),
+        ),
+        weights_hint=_hint,
+    )
 
 from .demo import specs as _demo_specs  # noqa: E402
 

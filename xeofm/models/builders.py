@@ -28,3 +28,31 @@ def timm_tokens(arch: str, in_chans: int, **kw: Any):
     model = _timm(arch, in_chans, **kw)
     model.forward = model.forward_features
     return model
+
+
+def with_constant_band(builder: str, index: int, value: float, **kw: Any):
+    """Build ``builder(**kw)`` and insert a constant input channel at ``index`` before it runs.
+
+    For weights trained with a band the user's product lacks (Sentinel-2 L2A has no
+    B10 cirrus band, the SSL4EO-S12 weights were trained on 13-band L1C): the band
+    is fed at ``value`` (in normalised units, e.g. its training mean). The module and
+    its state-dict keys are unchanged, so the authors' checkpoints load as they are.
+    """
+    import importlib
+
+    mod, _, fn = builder.partition(":")
+    model = getattr(importlib.import_module(mod), fn)(**kw)
+
+    def insert(_module, args, kwargs):
+        x = args[0]
+        fill = x.new_full((x.shape[0], 1, *x.shape[2:]), float(value))
+        return (torch_cat((x[:, :index], fill, x[:, index:]), 1), *args[1:]), kwargs
+
+    model.register_forward_pre_hook(insert, with_kwargs=True)
+    return model
+
+
+def torch_cat(tensors, dim: int):
+    import torch
+
+    return torch.cat(tensors, dim=dim)
