@@ -78,6 +78,18 @@ print(f"embedded 4 dates and compared them in {time.perf_counter() - t0:.2f} s (
 print(f"Otsu threshold {float(mask.threshold):.4f}, MAD threshold {float(mask_mad.threshold):.4f}")
 
 
+# %% Plain xarray keeps working on the embeddings (still lazy: nothing runs until .compute())
+yearly = ops.change(emb.resample(time="1YS").mean())  # 2016 mean (3 dates) vs 2017
+smoothed = ops.change(emb.rolling(time=2).mean().isel(time=slice(1, None)))
+seasons = ops.change(emb.groupby("time.season").mean(), dim="season", reference="first")
+speed_up = vs_previous.diff("time")  # computed already: is change accelerating?
+yearly, smoothed, seasons = dask.compute(yearly, smoothed, seasons)
+print(
+    f"2016->2017 change of annual means: max {float(yearly.max()):.3f}; rolling-mean change max "
+    f"{float(smoothed.max()):.3f}; seasons {list(seasons.season.values)}; diff of change max {float(speed_up.max()):.3f}"
+)
+
+
 # %% Score the change masks against the known truth
 def score(pred: np.ndarray, true: np.ndarray) -> dict:
     tp = int((pred & true).sum())
