@@ -46,6 +46,12 @@ class EofmDataArrayAccessor(_EofmBase):
 
         return predict(self._obj, probe)
 
+    def to_zarr(self, store: Any, **kwargs: Any):
+        """Write this lazy cube to zarr region by region, resumably; see :func:`xeofm.io.to_zarr`."""
+        from .io import to_zarr
+
+        return to_zarr(self._obj, store, **kwargs)
+
     # -- time series and change (see xeofm.ops) -------------------------------------
     def change(self, dim: str = "time", **kwargs: Any) -> xr.DataArray:
         """Per-pixel embedding change along ``dim``; see :func:`xeofm.ops.change`."""
