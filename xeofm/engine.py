@@ -418,7 +418,8 @@ def _to_band_array(obj, band_dim: str | None, spec: ModelSpec, bands: Mapping[st
         obj = obj.assign_coords({bdim: names})
     check_bands(spec, names, bands)
     chosen = resolve_bands(names, spec.bands, bands)
-    arr = obj.sel({bdim: chosen})
+    # bands already in the model's order: no selection (it would add a task per chunk to the graph)
+    arr = obj.copy(deep=False) if list(names) == list(chosen) else obj.sel({bdim: chosen})
     nd = _nodata_of(obj)
     arr.attrs["_xeofm_nodata"] = None if nd is None else tuple([nd] * len(chosen))
     return arr, bdim, chosen
