@@ -463,7 +463,13 @@ def resolve_stac_bands(items: Sequence["pystac.Item"], bands: Sequence[str]) -> 
         avail = {cid: _names_of(md) for cid, md in mds.items()}
         raise MissingBandsError(
             f"the STAC items lack bands {missing} (matched by name, eo:bands name and eo:common_name). "
-            f"Bands available: {avail}. Ask for those names (or their common names)."
+            f"Bands available: {avail}. Ask for those names (or their common names)"
+            + (
+                f", or pick one collection with collections=[...] (CLI --collections): the items come from "
+                f"{len(avail)} collections {sorted(avail)}."
+                if len(avail) > 1
+                else "."
+            )
         )
     dup = [n for n, c in Counter(chosen.values()).items() if c > 1]
     if dup:
