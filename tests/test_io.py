@@ -359,3 +359,22 @@ def test_fsspec_url_store(emb, ref):
     finally:
         if fs.exists("/xeofm-test-bucket"):
             fs.rm("/xeofm-test-bucket", recursive=True)
+
+
+def test_label_cube_keeps_its_dtype_nodata_and_classes(tmp_path):
+    """A label cube (uint8, nodata 255 as _FillValue, class names) goes through to_zarr unchanged."""
+    import xeofm
+
+    cube = xeofm.data.sample_cube("rgbn").isel(time=slice(0, 2)).astype("float32")
+    cube[0, :, :20, :30] = np.nan  # a nodata corner: label 255
+    labels = cube.eofm.segment("xeofm-demo-landcover", block_size=128)
+    job = to_zarr(labels, tmp_path / "labels.zarr")
+    assert job.complete
+    back = open_embeddings(tmp_path / "labels.zarr", mask_and_scale=False)
+    ref = labels.values
+    assert back.dtype == np.uint8 and (ref == 255).any()
+    assert np.array_equal(back.values, ref)
+    assert back.attrs["xeofm:classes"] == labels.attrs["xeofm:classes"]
+    assert back.encoding.get("_FillValue") == 255 or back.attrs.get("_FillValue") == 255
+    masked = open_embeddings(tmp_path / "labels.zarr")  # CF decoding: nodata -> NaN
+    assert np.isnan(masked.values[0, :20, :30]).all()

@@ -25,8 +25,9 @@ killed workers and full disks:
 
 Storage types
 -------------
-``dtype="float32"`` (default) stores the values as they are (NaN where the
-input was invalid). ``"float16"`` halves the size (about 3 significant digits;
+``dtype="float32"`` (the default for floating-point cubes) stores the values as
+they are (NaN where the input was invalid); integer cubes such as label cubes keep
+their dtype and nodata label by default. ``"float16"`` halves the size (about 3 significant digits;
 values beyond +-65504 saturate to +-65504). ``"int8"`` quarters it with one
 linear quantisation for the whole store, written as CF attributes so that
 xarray decodes it transparently::
@@ -938,7 +939,13 @@ def _write_template(
     ds = var.to_dataset()
     ds.attrs[MANIFEST_ATTR] = json.dumps(manifest, sort_keys=True)
     ds.attrs["title"] = f"{manifest.get('model') or variable} written by xeofm"
-    encoding = {variable: {**quant.encoding(), "chunks": zarr_chunks}}
+    enc = quant.encoding()
+    # CF encoding keys live in the encoding, not the attributes (label cubes carry _FillValue = nodata)
+    fill_attr = ds[variable].attrs.pop("_FillValue", None)
+    ds[variable].attrs.pop("missing_value", None)
+    if fill_attr is not None and "_FillValue" not in enc and np.dtype(quant.dtype).kind in "iu":
+        enc["_FillValue"] = np.asarray(fill_attr).astype(quant.dtype).item()
+    encoding = {variable: {**enc, "chunks": zarr_chunks}}
     for name in ds.coords:  # coordinates: one chunk each (they are small)
         if ds[name].ndim:
             encoding[str(name)] = {"chunks": tuple(int(s) for s in ds[name].shape)}
@@ -961,7 +968,7 @@ def to_zarr(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    dtype: StorageDtype | None = "float32",
+    dtype: StorageDtype | Literal["auto"] | None = "auto",
     int8_range: tuple[float, float] | None = None,
     chunks: Mapping[str, int] | None = None,
     storage_options: Mapping[str, Any] | None = None,
@@ -991,7 +998,9 @@ def to_zarr(
     dtype
         Storage type: ``"float32"``, ``"float16"`` or ``"int8"`` (CF
         scale/offset quantisation, see the module notes); ``None`` keeps the
-        cube's dtype (e.g. for label cubes).
+        cube's dtype. ``"auto"`` (default): float32 for floating-point cubes,
+        the cube's own dtype otherwise (label cubes stay uint8/uint16, with
+        their nodata label as ``_FillValue``).
     int8_range
         ``(lo, hi)`` mapped onto the int8 codes -127..127; estimated from a
         few blocks when omitted.
@@ -1040,6 +1049,8 @@ def to_zarr(
 
     arr = _as_dataarray(obj)
     variable = str(arr.name) if arr.name is not None else "embeddings"
+    if dtype == "auto":
+        dtype = "float32" if np.dtype(arr.dtype).kind == "f" else None
     if dtype is None:
         dtype_s = str(np.dtype(arr.dtype))
     else:
