@@ -378,3 +378,37 @@ def test_label_cube_keeps_its_dtype_nodata_and_classes(tmp_path):
     assert back.encoding.get("_FillValue") == 255 or back.attrs.get("_FillValue") == 255
     masked = open_embeddings(tmp_path / "labels.zarr")  # CF decoding: nodata -> NaN
     assert np.isnan(masked.values[0, :20, :30]).all()
+
+
+def test_a_store_is_written_by_one_job_at_a_time(emb, ref, tmp_path):
+    """A live job's lock refuses a second writer (same host or another); a dead job's lock is taken over."""
+    import socket
+
+    from xeofm.errors import StoreConflictError
+    from xeofm.io import LOCK_FILE
+
+    store = tmp_path / "locked.zarr"
+    job = to_zarr(emb, store, compute=False)  # template written, nothing computed
+    lock = store / LOCK_FILE
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid, "started": "now"}))
+        with pytest.raises(StoreConflictError, match=f"pid {other.pid}"):
+            job.compute()
+        with pytest.raises(StoreConflictError, match="being written by another job"):
+            to_zarr(emb, store, overwrite=True)  # never deletes a store under a live job
+        assert store_progress(store)["chunks_done"] == 0
+    finally:
+        other.kill()
+        other.wait()
+    # the holder died without cleaning up: its lock is stale and the job goes on
+    job = to_zarr(emb, store, resume=True)
+    assert job.complete and not lock.exists()
+    assert np.array_equal(open_embeddings(store).values, ref.values, equal_nan=True)
+    # a lock from another machine cannot be checked: refused until it is removed
+    lock.write_text(json.dumps({"host": "another-host.example", "pid": 1, "started": "earlier"}))
+    with pytest.raises(StoreConflictError, match="another-host.example"):
+        to_zarr(emb, store, overwrite=True)
+    lock.unlink()
+    assert to_zarr(emb, store, overwrite=True).complete

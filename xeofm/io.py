@@ -94,6 +94,8 @@ __all__ = [
 PROGRESS_DIR = "_xeofm"
 MANIFEST_FILE = f"{PROGRESS_DIR}/manifest.json"
 DONE_DIR = f"{PROGRESS_DIR}/done"
+#: Held by the process running a job on a local store (host, pid, start time).
+LOCK_FILE = f"{PROGRESS_DIR}/lock"
 COMPLETE_FILE = f"{PROGRESS_DIR}/complete.json"
 #: Group attribute holding the manifest (JSON text).
 MANIFEST_ATTR = "xeofm:manifest"
@@ -726,6 +728,8 @@ class ZarrJob:
                 cb(done, total)
 
         t0 = time.perf_counter()
+        lock = _WriterLock(self.store)
+        lock.__enter__()
         try:
             if client is not None:
                 self._compute_distributed(client, batches, report if callbacks else None, dask_bar=progress == "dask")
@@ -748,6 +752,7 @@ class ZarrJob:
                 ) from exc
             raise
         finally:
+            lock.__exit__()
             self.seconds += time.perf_counter() - t0
             if bar is not None:
                 bar.close()
@@ -1071,6 +1076,7 @@ def to_zarr(
     key = _identity_key(identity)
 
     # -- what is at the location ------------------------------------------------------
+    _check_unlocked(loc)  # never replace or resume a store another live job is writing
     state, existing = _store_state(loc, key)
     if state == "ours":
         if resume:
@@ -1195,6 +1201,85 @@ def to_zarr(
     if compute:
         job.compute(progress=progress, scheduler=scheduler, regions_per_submit=regions_per_submit)
     return job
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _lock_holder(loc: StoreLocation) -> dict[str, Any] | None:
+    """The live job holding the store's lock (``None``: no lock, or a stale one of a dead local process)."""
+    import socket
+
+    if not loc.is_local:
+        return None
+    path = Path(loc.url) / LOCK_FILE
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        info = {}
+    if info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
+        return None  # the process that held it is gone (killed, crashed): stale
+    return info
+
+
+def _check_unlocked(loc: StoreLocation) -> None:
+    info = _lock_holder(loc)
+    if info is not None:
+        raise StoreConflictError(
+            f"{loc} is being written by another job (pid {info.get('pid', '?')} on {info.get('host', '?')}, since "
+            f"{info.get('started', '?')}); two jobs never write one store at once. Wait for it to finish, or, if "
+            f"that job is gone, delete {Path(loc.url) / LOCK_FILE} and run again with resume=True."
+        )
+
+
+class _WriterLock:
+    """Exclusive lock of a local store for the duration of a job (no-op for object stores)."""
+
+    def __init__(self, loc: StoreLocation) -> None:
+        self.loc = loc
+        self.path: Path | None = None
+
+    def __enter__(self) -> "_WriterLock":
+        import socket
+
+        if not self.loc.is_local:
+            return self
+        path = Path(self.loc.url) / LOCK_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                _check_unlocked(self.loc)  # raises while another job holds it
+                path.unlink(missing_ok=True)  # stale: take it over
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.path = path
+            return self
+        _check_unlocked(self.loc)
+        raise StoreConflictError(f"could not lock {self.loc} for writing ({path} keeps reappearing)")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
 
 
 def _store_state(loc: StoreLocation, key: str) -> tuple[str, dict[str, Any] | None]:
