@@ -5,16 +5,16 @@ demonstration models shipped in the package (no downloads). Run it with
 ``bash examples/demo.sh`` (sets up ``.venv`` first) or
 ``python examples/demo.py --out out/demo``.
 
-Writes ``<out>/demo.zarr`` (embeddings, labels, change; CRS and provenance
+Writes ``<out>/embeddings.zarr``, ``<out>/labels.zarr`` and ``<out>/change.zarr``
+with :func:`xeofm.to_zarr` (region by region, resumable; CRS and provenance
 kept), ``<out>/demo.png`` (RGB, PCA of the embeddings, land-cover labels,
-change) and ``<out>/summary.json``.
+change) ``<out>/demo.html`` (interactive map) and ``<out>/summary.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -63,22 +63,18 @@ def main(argv=None) -> dict:
     # between identical dates (examples/change_detection.py shows change found on real differences).
     change = emb.eofm.change(dim="time", reference="first")
 
-    ds = xr.Dataset({"embeddings": emb, "labels": labels})
-    if change is not None:
-        ds["change"] = change
-    # the patch grid and the pixel grid differ: write them as two groups of one store
-    store = out / "demo.zarr"
-    if store.exists():
-        shutil.rmtree(store)
+    # one store per grid (patch embeddings, pixel labels, patch change), written region by region;
+    # re-running the demo resumes finished stores instead of recomputing them
+    stores = {"embeddings": out / "embeddings.zarr", "labels": out / "labels.zarr", "change": out / "change.zarr"}
     t = time.perf_counter()
-    emb.to_dataset().to_zarr(store, group="embeddings", mode="w", consolidated=False)
-    labels.to_dataset().to_zarr(store, group="labels", mode="a", consolidated=False)
-    if change is not None:
-        change.rename("change").to_dataset().to_zarr(store, group="change", mode="a", consolidated=False)
+    jobs = {k: xeofm.to_zarr(v, stores[k], resume=True, overwrite=True) for k, v in
+            (("embeddings", emb), ("labels", labels), ("change", change))}
     t_write = time.perf_counter() - t
+    for k, job in jobs.items():
+        print(f"{k}: {job.regions_written} regions written, {job.regions_done_before} already done -> {stores[k]}")
 
     # mask_and_scale=False keeps labels as uint8 with 255 = nodata (CF decoding would turn them to float)
-    back = xr.open_zarr(store, group="labels", decode_coords="all", mask_and_scale=False, consolidated=False)
+    back = xr.open_zarr(stores["labels"], decode_coords="all", mask_and_scale=False)
     assert back.labels.rio.crs == cube.rio.crs, "CRS lost in the zarr round trip"
 
     # pictures (computed from the store: nothing is run twice)
@@ -88,7 +84,7 @@ def main(argv=None) -> dict:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    e0 = xr.open_zarr(store, group="embeddings", consolidated=False).embeddings.isel(time=0).values
+    e0 = xeofm.open_embeddings(stores["embeddings"]).isel(time=0).values
     lab0 = back.labels.isel(time=0).values
     classes = labels.attrs["xeofm:classes"]
     colors = labels.attrs["xeofm:colors"]
@@ -105,7 +101,7 @@ def main(argv=None) -> dict:
     ax[2].legend(handles, classes, loc="lower left", fontsize=8, framealpha=0.8)
     summary: dict = {}
     if change is not None:
-        ch = xr.open_zarr(store, group="change", consolidated=False).change.max("time").values
+        ch = xeofm.open_embeddings(stores["change"]).max("time").values
         im = ax[3].imshow(ch, cmap="magma", vmin=0, vmax=max(float(np.nanmax(ch)), 1e-6))
         ax[3].set_title("max cosine change vs first date")
         fig.colorbar(im, ax=ax[3], fraction=0.04)
@@ -126,7 +122,8 @@ def main(argv=None) -> dict:
             "class_fractions_first_date": {c: float(n / max(counts.sum(), 1)) for c, n in zip(classes, counts)},
             "seconds_total": time.perf_counter() - t0,
             "seconds_compute_and_write": t_write,
-            "store": str(store),
+            "stores": {k: str(v) for k, v in stores.items()},
+            "regions_written": sum(j.regions_written for j in jobs.values()),
             "picture": str(out / "demo.png"),
             "note": "the sample's four dates are copies of one scene: max_change 0 shows no noise between identical dates",
         }

@@ -56,6 +56,9 @@ def test_main_job_runs_and_writes_outputs(tmp_path, monkeypatch):
     mod = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "demo.py"))
     summary = mod["main"](["--out", str(tmp_path)])
     assert (tmp_path / "demo.png").stat().st_size > 10_000
-    assert (tmp_path / "demo.zarr").is_dir()
+    for name in ("embeddings", "labels", "change"):
+        assert xeofm.io.store_progress(tmp_path / f"{name}.zarr")["complete"]
+    again = mod["main"](["--out", str(tmp_path)])  # a second run resumes: nothing is recomputed
+    assert again["regions_written"] == 0 and summary["regions_written"] > 0
     fr = summary["class_fractions_first_date"]
     assert abs(sum(fr.values()) - 1) < 1e-6
