@@ -4,4 +4,4 @@ Each family lives in its own module and registers its specs at import time;
 importing them is cheap (no torch import until a model is built).
 """
 
-from . import clip, croma, dofa, prithvi, rgb  # noqa: F401
+from . import clay, clip, croma, dofa, prithvi, rgb  # noqa: F401
