@@ -283,3 +283,13 @@ def test_block_size_and_batch_size_overrides(tiny_spec):
     assert emb.chunks[-1] == (8, 8, 9)
     p = cube.eofm.plan(tiny_spec, block_size=(64, 128), batch_size=2)
     assert p.block_shape[-2:] == (72, 128) and p.batch_size == 2
+
+
+def test_plan_estimates_device_hours_from_its_flops():
+    cube = make_cube(ny=200, nx=200, bands=("red", "green", "blue", "nir"), res=5.0)
+    p = cube.eofm.plan("xeofm-demo-landcover")
+    assert p.flops_total and "est. GPU-hours" in repr(p) and "assumed" in repr(p)
+    est = p.estimate(chips_per_second=10.0, price_per_device_hour=2.0)
+    assert est.chips == p.chips_total
+    assert est.device_hours == pytest.approx(p.chips_total / 10.0 / 3600)
+    assert est.cost == pytest.approx(est.device_hours * 2.0)

@@ -158,6 +158,11 @@ def choose_block_size(
     return max(side, spec.chip_size)
 
 
+#: Sustained TFLOP/s of one GPU assumed by the plan's summary (an assumption, not a measurement:
+#: the order of bf16 ResNet-50 inference on an A100-class GPU).
+ASSUMED_GPU_TFLOPS = 20.0
+
+
 @dataclass(frozen=True)
 class Plan:
     """What :func:`xeofm.embed` will do, computed without running anything."""
@@ -189,6 +194,15 @@ class Plan:
         """Plain dict (JSON-serialisable)."""
         return asdict(self)
 
+    def estimate(self, **kwargs: Any):
+        """Device-hours and cost of this plan at a given throughput; see :func:`xeofm.cost.estimate`.
+
+        >>> plan.estimate(chips_per_second=2000, price_per_device_hour=3.0)  # doctest: +SKIP
+        """
+        from .cost import estimate
+
+        return estimate(self, **kwargs)
+
     def __repr__(self) -> str:
         def gb(b: float) -> str:
             return f"{b / 2**30:.3f} GiB" if b >= 2**27 else f"{b / 2**20:.1f} MiB"
@@ -213,6 +227,15 @@ class Plan:
                 f"{_si(self.flops_total)}FLOP in all",
             ),
         ]
+        if self.flops_total:
+            hours = self.flops_total / (ASSUMED_GPU_TFLOPS * 1e12) / 3600
+            rows.append(
+                (
+                    "est. GPU-hours",
+                    f"{hours:.3g} at an assumed {ASSUMED_GPU_TFLOPS:g} TFLOP/s sustained "
+                    "(plan.estimate(chips_per_second=...) with a measured rate)",
+                )
+            )
         w = max(len(k) for k, _ in rows)
         return "Plan\n" + "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
 
