@@ -91,7 +91,7 @@ def segment(
     if len(classes) != spec.embedding_dim:
         raise SpecError(f"model {spec.name!r} lists {len(classes)} classes but outputs {spec.embedding_dim} channels")
     kwargs.setdefault("output", "patch" if spec.stride == 1 else "pixel")
-    logits = embed(obj, spec, **kwargs)
+    logits = embed(obj, spec, pretrained=pretrained, **kwargs)
     logits = logits.rename({"embedding": "class"}).assign_coords({"class": list(classes)})
     logits.attrs["xeofm:task"] = "segmentation"
     if probabilities:
@@ -151,7 +151,7 @@ def classify(
     txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
     if output is None:
         output = "chip" if spec.output == "vector" else "patch"
-    emb = embed(obj, spec, output=output, **kwargs)
+    emb = embed(obj, spec, output=output, pretrained=pretrained, **kwargs)
     sims = cosine_to(emb, txt, dim="embedding").rename({"embedding": "class"}).assign_coords({"class": list(classes)})
     sims.attrs = {**emb.attrs, "xeofm:task": "zero-shot", "xeofm:prompts": list(classes)}
     if probabilities:

@@ -15,7 +15,7 @@ from ..bands import SENTINEL2, SENTINEL2_L2A, Band
 from ..errors import SpecError, WeightsError
 from ..spec import ModelSpec
 
-__all__ = ["list_models", "get_spec", "register", "resolve_model", "wrap", "load_model", "encode_text"]
+__all__ = ["list_models", "get_spec", "register", "resolve_model", "wrap", "load_model", "encode_text", "segmenter"]
 
 # name -> (spec, hint shown when a weight file is needed but not given)
 _REGISTRY: dict[str, tuple[ModelSpec, str | None]] = {}
@@ -261,3 +261,4 @@ for _spec in _demo_specs():  # the small demo models fitted on the shipped sampl
 from . import zoo  # noqa: E402,F401  (registers the model zoo)
 from . import weights  # noqa: E402,F401
 from .clip import encode_text  # noqa: E402
+from .heads import segmenter  # noqa: E402

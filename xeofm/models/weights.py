@@ -240,13 +240,14 @@ def find_cached(spec: "ModelSpec") -> Path | None:
 def needs_weights(spec: "ModelSpec") -> bool:
     """Whether a spec describes a pretrained model whose weights are not shipped."""
     meta = dict(spec.metadata)
-    return bool(spec.weights_file or meta.get("hf_repo") or meta.get("torch_hub_file"))
+    return bool(spec.weights_file or meta.get("hf_repo") or meta.get("torch_hub_file") or meta.get("weights_hint"))
 
 
 def missing_weights_error(spec: "ModelSpec", hint: str | None = None) -> WeightsError:
     """The error raised when a pretrained model's file is nowhere to be found."""
     meta = dict(spec.metadata)
     parts = [f"model {spec.name!r} needs its pretrained weights, which xeofm never downloads."]
+    hint = hint or meta.get("weights_hint")
     if hint:
         parts.append(hint)
     elif spec.weights_file:
