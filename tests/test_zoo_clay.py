@@ -285,3 +285,28 @@ def test_wrong_number_of_wavelengths():
         model(torch.zeros(1, 6, CHIP, CHIP), torch.tensor([0.49, 0.56, 0.665]))
     with pytest.raises(ValueError, match="wavelengths"):
         model(torch.zeros(1, 6, CHIP, CHIP))
+
+
+def test_acquisition_hour_reaches_the_time_code(tmp_path, ref_model):
+    """The engine passes the hour of the cube's timestamps; Clay encodes its integer hour."""
+    ref = _ref_encoder(ref_model, seed=2)
+    path = tmp_path / "clay-v1.5.ckpt"
+    _save_lightning_ckpt(ref, path)
+    spec = _tiny_spec()
+    when = dt.datetime(2021, 3, 19, 10, 47)
+    chip = _sample_chip().assign_coords(time=np.array([when], dtype="datetime64[ns]"))
+    emb = chip.eofm.embed(spec, weights=path).values
+    lat, lon = _chip_centre_latlon(chip)
+    ref_in = {
+        "pixels": _normalised(chip, spec),
+        "time": torch.tensor([_clay_time(when)], dtype=torch.float32),
+        "latlon": torch.tensor([_clay_latlon(lat, lon)], dtype=torch.float32),
+        "gsd": torch.tensor(abs(float(chip.x[1] - chip.x[0]))),
+        "waves": torch.tensor([0.493, 0.56, 0.665, 0.842, 1.61, 2.19]),
+    }
+    g = CHIP // 8
+    with torch.no_grad():
+        want = ref(ref_in)[0][0, 1:].reshape(g, g, -1).permute(2, 0, 1).numpy()
+        at_midnight = ref({**ref_in, "time": torch.tensor([_clay_time(when.replace(hour=0))])})[0]
+    assert _rel(emb[0], want) < 1e-5
+    assert _rel(emb[0], at_midnight[0, 1:].reshape(g, g, -1).permute(2, 0, 1).numpy()) > 1e-4

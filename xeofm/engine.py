@@ -125,7 +125,8 @@ def _aux_inputs(ctx: BlockContext, sel, frames_of, time_index, dev) -> dict:
         elif name == "gsd":
             aux[name] = float(ctx.gsd) if ctx.gsd is not None else None
         elif name == "time":
-            yd = [[ctx.times[time_index[f]] for f in frames_of(m)] for m, _, _ in sel]
+            k = 3 if dict(spec.metadata).get("time_hour") else 2  # (year, day of year[, hour of day])
+            yd = [[ctx.times[time_index[f]][:k] for f in frames_of(m)] for m, _, _ in sel]
             aux[name] = torch.tensor(yd, dtype=torch.float32, device=dev)
         elif name == "latlon":
             x0, dx, y0, dy = ctx.transform
@@ -615,7 +616,7 @@ def prepare(
         tv = pd.DatetimeIndex(arr[tdim].values) if tdim in arr.coords else None
         if tv is None:
             raise InputError(f"model {spec.name!r} needs the dates of {tdim!r}; give it datetime coordinates")
-        times = tuple((int(t.year), int(t.day_of_year)) for t in tv)
+        times = tuple((int(t.year), int(t.day_of_year), t.hour + t.minute / 60 + t.second / 3600) for t in tv)
         time_axis = extra.index(tdim)
     elif "time" in spec.aux:
         raise MissingDimensionError(f"model {spec.name!r} takes acquisition dates; the cube needs a time dim")

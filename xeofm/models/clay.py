@@ -241,6 +241,11 @@ def _classes():
                 if time.shape[1] != 1:
                     raise ValueError(f"Clay takes one date per chip, got {time.shape[1]}")
                 time = time[:, 0]
+            if time.shape[-1] == 3:  # engine with "time_hour": (year, day of year, hour of day)
+                ydh = time.reshape(b, 3).detach().cpu().double().tolist()
+                # Clay's normalize_timestamp uses the integer hour of the acquisition time
+                codes = [encode_time(round(y), round(d), math.floor(h)) for y, d, h in ydh]
+                return torch.tensor(codes, dtype=torch.float32, device=device)
             yd = time.reshape(b, 2).detach().cpu().tolist()
             codes = [encode_time(round(y), round(d), self.hour) for y, d in yd]
             return torch.tensor(codes, dtype=torch.float32, device=device)
@@ -333,6 +338,7 @@ CLAY_V15 = ModelSpec(
         "hf_file": _HF_FILE,
         "weights_url": f"https://huggingface.co/{_HF_REPO}/resolve/main/{_HF_FILE}",
         "family": "clay",
+        "time_hour": True,  # the engine passes the acquisition hour with the date
     },
     dtype="uint16",
     licence="Apache-2.0",
